@@ -1,0 +1,48 @@
+"""ipywidgets explorers. Each also leaves a static figure, so a headless (papermill) run keeps a picture.
+
+Other modules append their widgets at the END of this file.
+"""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+
+
+def sample_slider(dataset, start: int = 0, static: bool = True):
+    """A slider over the samples of a Face300W (crop as the network sees it + landmarks).
+
+    With `static` the starting sample is also drawn as an ordinary figure first (what a headless
+    run keeps). Returns the widget box (already displayed).
+    """
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    from nbutils.plots import sample_view, show_image
+
+    def draw(index: int):
+        sample = dataset[index]
+        record = dataset.records[sample["index"]]
+        crop, points = sample_view(sample)
+        fig, ax = plt.subplots(figsize=(3.6, 3.6))
+        show_image(ax, crop, points, title=f"{dataset.subset} #{index}: {record.image_path.name}")
+        return fig
+
+    start = max(0, min(int(start), len(dataset) - 1))
+    if static:
+        display(draw(start))
+        plt.close("all")
+    slider = widgets.IntSlider(value=start, min=0, max=len(dataset) - 1, description="sample",
+                               continuous_update=False)
+    output = widgets.Output()
+
+    def update(change=None):
+        with output:
+            output.clear_output(wait=True)
+            figure = draw(slider.value)
+            display(figure)
+            plt.close(figure)
+
+    slider.observe(update, names="value")
+    update()
+    box = widgets.VBox([slider, output])
+    display(box)
+    return box
