@@ -143,6 +143,14 @@ class ParamsError(ValueError):
     """A parameter file, row or override is wrong; the message names the file, row and key."""
 
 
+class NeedsInput(FileNotFoundError):
+    """A run needs a user-supplied file that is not there (an ImageNet checkpoint, CIFAR-10, real 300W).
+
+    Raised by the notebook; the runner records the run as `needs input` with this message (which
+    names the path it looked for) instead of a failure, and never substitutes anything for the file.
+    """
+
+
 def _shown(path) -> str:
     """A path as the user typed it: relative to the working directory when inside it."""
     path = Path(path)

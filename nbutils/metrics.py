@@ -206,9 +206,15 @@ def evaluate_subsets(nmes_by_subset: dict) -> dict:
     a mean of the two means), replacing any `full` entry of the input.
     Other subset names (e.g. other datasets' splits) are summarised as given, after these.
     """
+    return {name: summarize(nmes) for name, nmes in with_full_set(nmes_by_subset).items()}
+
+
+def with_full_set(nmes_by_subset: dict) -> dict:
+    """Per-image NMEs per subset in the seed's column order (common, challenge, full, test, then any
+    others), with `full` = the union of common and challenge images when both are given."""
     per_subset = {name: _checked_nmes(nmes) for name, nmes in nmes_by_subset.items()}
     if "common" in per_subset and "challenge" in per_subset:
         per_subset["full"] = np.concatenate([per_subset["common"], per_subset["challenge"]])
     order = [name for name in ("common", "challenge", "full", "test") if name in per_subset]
     order += [name for name in per_subset if name not in order]
-    return {name: summarize(per_subset[name]) for name in order}
+    return {name: per_subset[name] for name in order}

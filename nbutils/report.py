@@ -139,7 +139,7 @@ def _run_status(family: str, row_id: str, profile, runs: pd.DataFrame, outputs) 
     if profile is None:
         return "not run"
     states = [runner.run_status(path) for path in runner.find_runs(family, row_id, profile, outputs).values()]
-    for state in ("interrupted", "failed", "invalid"):
+    for state in ("interrupted", "failed", runner.NEEDS_INPUT, "invalid"):
         if state in states:
             return state
     return "not run"

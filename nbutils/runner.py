@@ -33,6 +33,7 @@ METRICS_FILE = "metrics.json"
 ERROR_FILE = "error.json"
 SUBSETS = ("common", "challenge", "full", "test")
 KERNEL_NAME = "python3"
+NEEDS_INPUT = "needs input"   # status of a run stopped by config.NeedsInput (a missing user-supplied file)
 _NUMBER_FIELDS = ("params_m", "gflops", "wall_seconds", "search_nme")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -192,10 +193,11 @@ def write_metrics(run_dir, metrics: dict) -> dict:
 
 def ced_record(nmes_by_subset: dict, threshold: float = 0.10, steps: int = 100) -> dict:
     """The `ced` entry of metrics.json from per-image NMEs (fractions of inter-ocular distance) per subset:
-    {"thresholds": [0 .. threshold], "values": {subset: fraction of images with NME <= threshold}}."""
-    from nbutils.metrics import ced_curve
+    {"thresholds": [0 .. threshold], "values": {subset: fraction of images with NME <= threshold}};
+    `full` (the union of common and challenge) is added when both are given."""
+    from nbutils.metrics import ced_curve, with_full_set
     values, thresholds = {}, None
-    for subset, nmes in nmes_by_subset.items():
+    for subset, nmes in with_full_set(nmes_by_subset).items():
         thresholds, fractions = ced_curve(nmes, threshold, steps)
         values[subset] = [float(f) for f in fractions]
     return {"thresholds": [float(t) for t in thresholds] if thresholds is not None else [], "values": values}
@@ -224,7 +226,8 @@ def read_error(run_dir) -> dict | None:
 
 
 def run_status(run_dir) -> str:
-    """'done' (valid metrics.json), 'failed' / 'interrupted' (error.json), 'invalid' (bad metrics.json) or 'missing'."""
+    """'done' (valid metrics.json), 'failed' / 'interrupted' / 'needs input' (error.json), 'invalid' (bad
+    metrics.json) or 'missing'."""
     run_dir = Path(run_dir)
     if read_metrics(run_dir) is not None:
         return "done"
@@ -357,9 +360,10 @@ def execute_run(spec: RunSpec, force: bool = False) -> dict:
                                    kernel_name=KERNEL_NAME, cwd=str(spec.cwd), progress_bar=False,
                                    log_output=False)
     except PapermillExecutionError as error:
-        _record_error(spec, "failed", error.ename, error.evalue, cell_index=error.cell_index,
+        status = NEEDS_INPUT if error.ename == config.NeedsInput.__name__ else "failed"
+        _record_error(spec, status, error.ename, error.evalue, cell_index=error.cell_index,
                       exec_count=error.exec_count, trace=error.traceback)
-        return _result(spec, "failed", time.time() - started, f"cell {error.cell_index}: {error.ename}: {error.evalue}")
+        return _result(spec, status, time.time() - started, f"cell {error.cell_index}: {error.ename}: {error.evalue}")
     except KeyboardInterrupt:
         _record_error(spec, "interrupted", "KeyboardInterrupt", "stopped by the user (Ctrl-C)")
         _mark_notebook_interrupted(output_notebook)
@@ -394,8 +398,8 @@ def _progress(total: int, description: str, enabled: bool):
 def _report_result(bar, result: dict) -> None:
     bar.update(1)
     bar.set_postfix_str(f"{result['run_id']}: {result['status']}")
-    if result["status"] == "failed":
-        bar.write(f"FAILED {result['run_id']}: {result['error']}")
+    if result["status"] in ("failed", NEEDS_INPUT):
+        bar.write(f"{result['status'].upper()} {result['run_id']}: {result['error']}")
     elif result.get("note"):
         bar.write(f"skipped {result['run_id']}: {result['note']}")
 
@@ -503,8 +507,9 @@ def summarize(results: list) -> str:
         counts[result["status"]] = counts.get(result["status"], 0) + 1
     lines = [", ".join(f"{count} {status}" for status, count in sorted(counts.items())) or "no runs"]
     for result in results:
-        if result["status"] == "failed":
-            lines.append(f"  failed {result['run_id']}: {result['error']}  (see {Path(result['run_dir']) / ERROR_FILE})")
+        if result["status"] in ("failed", NEEDS_INPUT):
+            lines.append(f"  {result['status']} {result['run_id']}: {result['error']}  "
+                         f"(see {Path(result['run_dir']) / ERROR_FILE})")
     return "\n".join(lines)
 
 
