@@ -130,6 +130,18 @@ def bench_command(argv: list) -> int:
     return 0
 
 
+@command("predict", "68 landmarks with a trained run on your images / videos / folders (see `predict --help`)")
+def predict_command(argv: list) -> int:
+    from nbutils import predict
+    return predict.predict_command(argv)
+
+
+@command("export", "export a run's network to ONNX, checked against PyTorch with ONNX Runtime")
+def export_command(argv: list) -> int:
+    from nbutils import predict
+    return predict.export_command(argv)
+
+
 def main(argv=None) -> int:
     from nbutils.config import ParamsError
     from nbutils.runner import RunnerError

@@ -11,6 +11,7 @@ import importlib
 BENCHMARKS = {
     "data": "nbutils.bench.data",     # synth300w generation and the loader's samples per second
     "model": "nbutils.bench.model",   # HRNet training / inference throughput, fp32 vs fast
+    "predict": "nbutils.bench.predict",  # faces per second of `nbutils predict`, detector included
 }
 
 
