@@ -10,7 +10,9 @@ PROFILE     ?= cpu
 DATA        ?= synth
 EXTRAS      ?= test,cluster,export
 PY          := $(VENV)/bin/python
-FAMILIES    := $(basename $(notdir $(filter-out notebooks/report.ipynb notebooks/data.ipynb notebooks/explore.ipynb,$(wildcard notebooks/*.ipynb))))
+# Family notebooks in run order: init first, because the cpu profile's attention rows fine-tune its `normal` run.
+FAMILY_ORDER := init attention darts densenas multiscale
+FAMILIES    := $(FAMILY_ORDER) $(filter-out $(FAMILY_ORDER),$(basename $(notdir $(wildcard params/*.yaml))))
 
 .PHONY: env test report clean
 

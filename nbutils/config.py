@@ -118,6 +118,8 @@ def outputs_root() -> Path:
 # Strings in family and profile files may name environment variables: "${NAME}" (an error naming
 # the row when NAME is unset) or "${NAME:-fallback}". This is how user-supplied files enter the
 # tables, e.g. the ImageNet checkpoint: `model: {init: "pretrained:${NBUTILS_PRETRAINED_W18}"}`.
+# "${NBUTILS_OUTPUTS}" is always the outputs root of the runs being resolved (--outputs, else the
+# environment, else ./outputs), so a profile can start rows from another run's checkpoint.
 # ---------------------------------------------------------------------------------------------
 import ast
 import dataclasses
@@ -273,22 +275,26 @@ def merge(base: dict, overlay: dict) -> dict:
     return merged
 
 
-def _expand_env(value, where: str, dotted: str = "", skip=frozenset()):
-    """Replace ${NAME} / ${NAME:-fallback} in every string of `value` from the environment.
+def _expand_env(value, where: str, dotted: str = "", skip=frozenset(), known=None):
+    """Replace ${NAME} / ${NAME:-fallback} in every string of `value` from `known`, then the environment.
 
     Keys in `skip` (dotted) are left alone: the command line replaces them anyway, so a row needing
-    an unset variable still runs when --set supplies the value.
+    an unset variable still runs when --set supplies the value. `resolve` passes
+    known = {"NBUTILS_OUTPUTS": the run's outputs root}, so a profile can point at another run's files.
     """
+    known = known or {}
     if isinstance(value, dict):
-        return {k: _expand_env(v, where, f"{dotted}{k}.", skip) for k, v in value.items()}
+        return {k: _expand_env(v, where, f"{dotted}{k}.", skip, known) for k, v in value.items()}
     key = dotted.rstrip(".")
     if isinstance(value, list):
-        return [_expand_env(v, where, dotted, skip) for v in value]
+        return [_expand_env(v, where, dotted, skip, known) for v in value]
     if not isinstance(value, str) or key in skip:
         return value
 
     def substitute(match):
         name, fallback = match.group(1), match.group(2)
+        if name in known:
+            return known[name]
         if name in os.environ:
             return os.environ[name]
         if fallback is not None:
@@ -573,10 +579,12 @@ def resolve(family, row_id: str, profile, seed: int | None = None, data: str | N
         (profile.families.get(family.name, {}), f"{profile_where}, families.{family.name}"),
         (row.overrides, family.where(row_id)),
     ]
+    root = Path(outputs) if outputs is not None else outputs_root()
+    known = {"NBUTILS_OUTPUTS": str(root.resolve())}
     params = copy.deepcopy(defaults)
     for overlay, where in layers:
         check_parameters(overlay, defaults, where)
-        params = merge(params, _expand_env(overlay, where, skip=replaced))
+        params = merge(params, _expand_env(overlay, where, skip=replaced, known=known))
     if data is not None:
         if not isinstance(defaults.get("data"), dict) or "root" not in defaults["data"]:
             raise ParamsError(f"{_shown(family.notebook)}: --data given but the notebook has no data['root'] parameter")
@@ -587,7 +595,6 @@ def resolve(family, row_id: str, profile, seed: int | None = None, data: str | N
     if not isinstance(params.get("train"), dict) or "seed" not in params["train"]:
         raise ParamsError(f"{_shown(family.notebook)}: parameters cell needs train['seed'] (the runner sets it)")
     params["train"]["seed"] = int(seed)
-    root = Path(outputs) if outputs is not None else outputs_root()
     params["run_dir"] = str((root / family.name / run_id(row_id, seed, profile.name)).resolve())
     return params
 

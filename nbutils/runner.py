@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import time
 import traceback as traceback_module
 from pathlib import Path
@@ -340,6 +341,9 @@ def execute_run(spec: RunSpec, force: bool = False) -> dict:
         note = None if previous in (None, spec.parameters) else "parameters changed since it finished (use --force to rerun)"
         return _result(spec, "skipped", note=note)
 
+    if force and run_dir.exists():
+        # A forced run starts over: otherwise fit/search would resume from the old last.pt / search_arch.json.
+        shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     for stale in (METRICS_FILE, ERROR_FILE):
         (run_dir / stale).unlink(missing_ok=True)
