@@ -15,12 +15,11 @@ Families register here, one line each, below the registry.
 """
 from __future__ import annotations
 
-import copy
 from typing import Callable
 
 import torch.nn as nn
 
-from ..config import MODEL_DEFAULTS
+from ..config import MODEL_DEFAULTS, merge
 from .cost import count_macs, model_cost
 from .hrnet import HighResolutionNet, build_hrnet, hrnet_spec
 from .init import INIT_SCHEMES, check_init_source, init_weights, load_pretrained
@@ -38,19 +37,9 @@ def register_model(name: str):
     return add
 
 
-def _merged(defaults: dict, overrides: dict) -> dict:
-    out = copy.deepcopy(defaults)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merged(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
 def build_model(model_cfg: dict | None = None) -> nn.Module:
     """Build and initialise the landmark model described by a `model` config section."""
-    cfg = _merged(MODEL_DEFAULTS, model_cfg or {})
+    cfg = merge(MODEL_DEFAULTS, model_cfg or {})
     name = cfg["name"]
     if name not in MODEL_REGISTRY:
         raise ValueError(f"model.name {name!r} unknown; registered: {', '.join(sorted(MODEL_REGISTRY))}")

@@ -156,30 +156,15 @@ def build_multiscale(model_cfg: dict) -> MultiScaleNet:
 
 
 def search_or_load(cfg: dict, run_dir, progress: bool = True) -> dict:
-    """Search the space of cfg once per run folder and save the derived architecture.
+    """`nbutils.engine.nas.search_or_load` with this family's supernet (the search runs once per run
+    folder), plus the derived architecture saved alone as run_dir/architecture.json.
 
-    When run_dir/search_arch.json exists (an earlier, possibly interrupted, run of the same folder)
-    its result is reused, so a resumed retrain gets the network its last.pt belongs to. Writes
-    run_dir/architecture.json (the derived architecture alone). Returns {"arch", "search_nme" (%,
-    full set, or None), "arch_path", "history", "arch_history", "searched" (False when reused)}.
+    Returns nas.search_or_load's dict with `arch` checked by load_arch and `arch_path` added.
     """
-    from ...engine.search import load_search_result, search
-    run_dir = Path(run_dir)
-    searched = not (run_dir / "search_arch.json").exists()
-    if searched:
-        result = search(cfg, run_dir, build_supernet(cfg), progress=progress)
-        arch, search_nme = result.arch, result.search_nme
-    else:
-        stored = load_search_result(run_dir)
-        arch, search_nme = stored["arch"], stored.get("search_nme")
-        if progress:
-            print(f"[search] reusing {run_dir / 'search_arch.json'}", flush=True)
-    history_path = run_dir / "search_history.json"
-    history = json.loads(history_path.read_text()) if history_path.exists() else {}
-    arch_path = save_arch(arch, run_dir / ARCH_FILE)
-    return {"arch": load_arch(arch), "search_nme": search_nme, "arch_path": str(arch_path),
-            "history": history.get("history", []), "arch_history": history.get("arch_history", []),
-            "searched": searched}
+    from ...engine.nas import search_or_load as search_once
+    outcome = search_once(cfg, run_dir, build_supernet, progress=progress)
+    arch_path = save_arch(outcome["arch"], Path(run_dir) / ARCH_FILE)
+    return {**outcome, "arch": load_arch(outcome["arch"]), "arch_path": str(arch_path)}
 
 
 def describe_arch(arch: dict) -> list[dict]:
