@@ -14,13 +14,7 @@ from nbutils.models.darts.ops import Cell
 from nbutils.models.darts.search import darts_minus_decay
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and avoids OpenMP spinning on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY_SUPERNET = {"layers": 3, "init_channels": 4, "head_channels": 8, "steps": 2, "multiplier": 2}

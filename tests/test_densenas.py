@@ -22,13 +22,7 @@ from nbutils.models.densenas.plotting import save_architecture_figure, short_op
 SMALL_OPS = {"stack_ops": ["mbconv_k3_e3", "mbconv_k5_e6", "skip"], "head_ops": ["mbconv_k3_e3", "mbconv_k5_e3"]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # two intra-op threads on a busy 2-core machine make tiny convs ~100x slower
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_cfg(**model) -> dict:

@@ -17,12 +17,7 @@ from nbutils.models.multiscale.space import candidate_sources
 OPS = ["basic_block", "mbconv_k3_e3", "mbconv_k5_e3", "skip"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_supernet(transition=1, stack=1, width=2):

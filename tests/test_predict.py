@@ -34,14 +34,6 @@ def tiny_spec() -> dict:
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, smoke_root, one_thread):
     folder = tmp_path_factory.mktemp("runs") / "tiny-s111-smoke"
     cfg = engine.with_defaults({

@@ -11,13 +11,7 @@ from nbutils.engine.search import (BilevelOptimizer, arch_update_active, search,
                                    smooth_epsilon_at)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and avoids OpenMP spinning on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class ToySupernet(nn.Module):
