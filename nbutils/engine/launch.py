@@ -10,6 +10,7 @@ run_dir resumes from last.pt, finds training finished and goes straight to evalu
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{path}: no run_dir in the file; pass --run-dir")
     cfg = {section: parameters[section] for section in ("data", "model", "train") if section in parameters}
     result = fit(cfg, run_dir, progress=True)
+    if os.environ.get("RANK", "0") != "0":
+        return 0   # under torchrun only rank 0 reports, as it is the only one that writes
     best = result.metrics.get("nme_full")
     print(f"{run_dir}: best full NME {best:.2f}%" if best is not None else f"{run_dir}: done")
     return 0
