@@ -16,7 +16,7 @@ from nbutils.engine.search import search
 from nbutils.models import build_model
 from nbutils.models.cost import count_macs
 from nbutils.models.densenas import (build_derived, build_supernet, derive_architecture, inherit_supernet_weights,
-                                     k_best_paths, load_arch, one_hot_weights, save_arch, spaces)
+                                     k_best_paths, load_arch, one_hot_weights, save_arch, searched_spec, spaces)
 from nbutils.models.densenas.plotting import save_architecture_figure, short_op
 
 SMALL_OPS = {"stack_ops": ["mbconv_k3_e3", "mbconv_k5_e6", "skip"], "head_ops": ["mbconv_k3_e3", "mbconv_k5_e3"]}
@@ -104,6 +104,24 @@ def test_table_knobs_transform_the_spec():
     assert cut["FM_SIZES"] == [64, 64, 64, 64, 32, 32, 32] and cut["STAGE"][-1] == 3
     down16 = spaces.apply_knobs(spaces.get_spec("modified_densenas"), output_stride=16)
     assert spaces.output_stride_of(down16) == 16 and down16["FM_SIZES"][:2] == [64, 32]
+
+
+
+def test_profile_knobs_apply_after_the_table_knobs():
+    # max_stage cuts after the row's knobs: the "down16" row keeps its 16x stride up to stage 3 ...
+    cut = searched_spec({"space": "modified_densenas", "output_stride": 16, "max_stage": 3})
+    assert cut["FM_SIZES"] == [64, 32, 32, 32, 16, 16, 16, 8, 8, 8] and cut["STAGE"][-1] == 4
+    # ... where cutting first (the table's own stages knob) leaves block 1 with no stride-1/2 input
+    with pytest.raises(ValueError, match="FM_SIZES"):
+        searched_spec({"space": "modified_densenas", "output_stride": 16, "stages": [1, 2, 3]})
+    scaled = searched_spec({"space": "densenas", "block_num": "-8", "channel_scale": 0.5, "max_stage": 3,
+                                     "max_stack": 1})
+    assert max(scaled["STAGE"][:-1]) == 3 and scaled["CHS"][0] == 16 and max(scaled["NUM_LAYERS"]) == 1
+    # a space already shallower than max_stage is left alone
+    shallow = searched_spec({"space": "modified_densenas", "stages": [1, 2], "max_stage": 3})
+    assert shallow == spaces.apply_knobs(spaces.get_spec("modified_densenas"), stages=[1, 2])
+    with pytest.raises(ValueError, match="model.max_stage"):
+        searched_spec({"max_stage": 0})
 
 
 # ----------------------------------------------------------------------------- supernet

@@ -40,7 +40,8 @@ their schedules.
 
 `search(cfg, run_dir, supernet)` reads `cfg["search"]` (defaults in SEARCH_DEFAULTS),
 `cfg["data"]` and `cfg["train"]` (input/heatmap size, sigma, augmentation), runs the loop
-on the landmark data with the MSE heatmap loss, evaluates the supernet on common +
+on the landmark data with the MSE heatmap loss, evaluates the supernet (BN statistics recalibrated,
+see `recalibrate_batchnorm`) on common +
 challenge ("search NME" = full-set NME in %), and writes into run_dir atomically:
 `search_arch.json` (derived architecture + search NME), `search_history.json`
 (per-epoch losses and α snapshots) and `search_supernet.pt` (supernet state_dict).
@@ -408,11 +409,58 @@ def build_search_loaders(cfg: dict, batch_size: int, train_portion: float, seed:
             "eval": eval_loaders}
 
 
+# Batches of the weights half whose statistics replace the supernet's BN running statistics before the
+# search-NME evaluation (see recalibrate_batchnorm); 20 x 16 faces estimate mean and variance to ~5 %.
+BN_RECALIBRATION_BATCHES = 20
+
+
 @torch.no_grad()
-def evaluate_supernet(supernet: nn.Module, eval_loaders: dict, device) -> tuple[dict, dict]:
-    """Per-subset NME arrays (fraction of inter-ocular distance) and nbutils.metrics.evaluate_subsets summaries."""
+def recalibrate_batchnorm(supernet: nn.Module, loader, device, batches: int = BN_RECALIBRATION_BATCHES) -> int:
+    """Re-estimate every BatchNorm's running mean/variance of `supernet` as it is evaluated.
+
+    During the search a supernet that samples candidates (DenseNAS `sample_ops`) updates an op's BN
+    statistics only in the steps that drew it, and the weighted sum of all candidates that evaluation
+    computes has other statistics than any one of them; a short search therefore leaves running
+    statistics far from the evaluated network's (with the std-0.001 `normal` init the eval-mode output
+    shrinks ~1000x per layer, to ~1e-13, and every face decodes to the same point). As single-path
+    NAS evaluations do (SPOS, OFA), the statistics are reset and recomputed as cumulative averages over
+    `batches` training batches, with the network in eval mode (every candidate, no sampling, no noise)
+    and only the BN layers collecting batch statistics. Returns the number of batches used.
+    """
+    norms = [m for m in supernet.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms or batches <= 0:
+        return 0
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None   # cumulative moving average over the recalibration batches
+    supernet.eval()
+    for m in norms:
+        m.train()
+    used = 0
+    try:
+        for batch in loader:
+            if used >= batches:
+                break
+            supernet(batch["image"].to(device))
+            used += 1
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        supernet.eval()
+    return used
+
+
+@torch.no_grad()
+def evaluate_supernet(supernet: nn.Module, eval_loaders: dict, device, calibration_loader=None) -> tuple[dict, dict]:
+    """Per-subset NME arrays (fraction of inter-ocular distance) and nbutils.metrics.evaluate_subsets summaries.
+
+    calibration_loader: training batches for recalibrate_batchnorm first (None: the running statistics
+    of the search are used as they are)."""
     from nbutils.metrics import decode_heatmaps, evaluate_subsets, heatmap_to_image, nme_per_image
 
+    if calibration_loader is not None:
+        recalibrate_batchnorm(supernet, calibration_loader, device)
     supernet.eval()
     nmes = {}
     for subset, loader in eval_loaders.items():
@@ -496,7 +544,7 @@ def search(cfg: dict, run_dir, supernet: nn.Module, progress: bool = True, loade
 
     result = SearchResult(supernet=supernet, history=history, arch_history=arch_history, arch=supernet.derive())
     if scfg["eval"] and loaders.get("eval"):
-        nmes, summaries = evaluate_supernet(supernet, loaders["eval"], device)
+        nmes, summaries = evaluate_supernet(supernet, loaders["eval"], device, calibration_loader=loaders["weights"])
         result.metrics = summaries
         full = summaries.get("full") if isinstance(summaries, dict) else None
         result.search_nme = float(full["nme"]) if full else None

@@ -31,6 +31,9 @@ Model knobs (the `model:` section; MODEL_KNOBS holds the defaults, spaces.py exp
     arch                the derived architecture to retrain (dict, arch JSON or search_arch.json path)
     channel_scale       profile knob: multiplies every CHS entry after the table knobs (min 4 channels)
     max_stack           profile knob: caps every block's stacked layers (None = no cap)
+    max_stage           profile knob: after the table knobs, drop the blocks of later stages (the head
+                        follows this stage; None = keep all). The cpu profile uses 3: the full specs end
+                        at 1/32 of the crop, 2x2 features at 64 px
 """
 from __future__ import annotations
 
@@ -69,6 +72,7 @@ MODEL_KNOBS = {
     # profile knobs (not seed columns): shrink every row alike so a CPU run stays small
     "channel_scale": 1.0,
     "max_stack": None,
+    "max_stage": None,
 }
 
 
@@ -94,6 +98,12 @@ def searched_spec(model_cfg: dict | None) -> dict:
         spec["CHS"] = [max(spaces.MIN_CHANNELS, int(round(c * scale))) for c in spec["CHS"]]
     if cap is not None:
         spec["NUM_LAYERS"] = [min(layers, cap) for layers in spec["NUM_LAYERS"]]
+    last = knobs["max_stage"]
+    if last is not None:
+        if isinstance(last, bool) or not isinstance(last, int) or last < 1:
+            raise ValueError(f"model.max_stage: expected None or an integer >= 1, got {last!r}")
+        if max(spec["STAGE"][:len(spec["CHS"])]) > last:
+            spec = spaces.apply_knobs(spec, stages=list(range(1, last + 1)))
     spaces.validate_spec(spec)
     return spec
 
