@@ -40,9 +40,9 @@ their schedules.
 
 `search(cfg, run_dir, supernet)` reads `cfg["search"]` (defaults in SEARCH_DEFAULTS),
 `cfg["data"]` and `cfg["train"]` (input/heatmap size, sigma, augmentation), runs the loop
-on the landmark data with the MSE heatmap loss, evaluates the supernet (BN statistics recalibrated,
-see `recalibrate_batchnorm`) on common +
-challenge ("search NME" = full-set NME in %), and writes into run_dir atomically:
+on the landmark data with the MSE heatmap loss, evaluates the supernet on common + challenge
+after re-estimating its BN statistics (`recalibrate_batchnorm`; "search NME" = full-set NME in %),
+and writes into run_dir atomically:
 `search_arch.json` (derived architecture + search NME), `search_history.json`
 (per-epoch losses and α snapshots) and `search_supernet.pt` (supernet state_dict).
 """
@@ -410,7 +410,7 @@ def build_search_loaders(cfg: dict, batch_size: int, train_portion: float, seed:
 
 
 # Batches of the weights half whose statistics replace the supernet's BN running statistics before the
-# search-NME evaluation (see recalibrate_batchnorm); 20 x 16 faces estimate mean and variance to ~5 %.
+# search-NME evaluation (see recalibrate_batchnorm): 320 faces at the default batch of 16.
 BN_RECALIBRATION_BATCHES = 20
 
 
