@@ -162,6 +162,36 @@ def _shown(path) -> str:
         return str(path)
 
 
+def read_json(path, missing: str):
+    """The parsed content of the JSON file `path`. A missing file raises FileNotFoundError(missing)
+    (say which key or step wanted it); a corrupt one raises ValueError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(missing)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+
+
+def write_json_atomic(path, record, indent: int = 2, allow_nan: bool = False) -> Path:
+    """Write `record` as JSON through a temporary file and os.replace: readers never see half a file.
+    allow_nan=False (results, metrics) refuses NaN/inf instead of writing non-standard JSON."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "w") as handle:
+            json.dump(record, handle, indent=indent, allow_nan=allow_nan)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+    return path
+
+
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ParamsError(f"{_shown(path)}: file not found")

@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from nbutils import config
+from nbutils.config import write_json_atomic  # noqa: F401  (part of the runner's API: metrics/error records)
 
 PARAMS_FILE = "params.yaml"
 NOTEBOOK_FILE = "notebook.ipynb"
@@ -62,23 +63,6 @@ def _jsonable(value):
     if hasattr(value, "item"):
         return _jsonable(value.item())
     raise TypeError(f"cannot store {type(value).__name__} in JSON: {value!r}")
-
-
-def write_json_atomic(path, record: dict) -> Path:
-    """Write JSON to `path` through a temporary file and os.replace: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "w") as handle:
-            json.dump(record, handle, indent=2, allow_nan=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
-    return path
 
 
 def _write_yaml_atomic(path: Path, record: dict) -> None:

@@ -49,7 +49,6 @@ and writes into run_dir atomically:
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import time
@@ -61,6 +60,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ..config import read_json, write_json_atomic
 
 SEARCH_DEFAULTS = {
     "epochs": 50,               # search epochs
@@ -350,12 +351,6 @@ def _to_device(batch, device):
     return batch.to(device)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _jsonable(obj):
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
@@ -551,10 +546,11 @@ def search(cfg: dict, run_dir, supernet: nn.Module, progress: bool = True, loade
         if progress:
             print(f"[search] supernet NME (full): {result.search_nme}", flush=True)
 
-    _atomic_write_text(run_dir / "search_arch.json", json.dumps(_jsonable(
-        {"arch": result.arch, "search_nme": result.search_nme, "search": scfg, "metrics": result.metrics}), indent=2))
-    _atomic_write_text(run_dir / "search_history.json", json.dumps(_jsonable(
-        {"history": history, "arch_history": arch_history}), indent=1))
+    # allow_nan: an epoch without weight steps logs w_loss NaN, which is the truth of that epoch
+    write_json_atomic(run_dir / "search_arch.json", _jsonable(
+        {"arch": result.arch, "search_nme": result.search_nme, "search": scfg, "metrics": result.metrics}), allow_nan=True)
+    write_json_atomic(run_dir / "search_history.json", _jsonable(
+        {"history": history, "arch_history": arch_history}), indent=1, allow_nan=True)
     if scfg["save_supernet"]:
         tmp = run_dir / "search_supernet.pt.tmp"
         torch.save(supernet.state_dict(), tmp)
@@ -565,9 +561,4 @@ def search(cfg: dict, run_dir, supernet: nn.Module, progress: bool = True, loade
 def load_search_result(run_dir) -> dict:
     """Read search_arch.json from run_dir (what the retrain step consumes); clear error if missing/corrupt."""
     path = Path(run_dir) / "search_arch.json"
-    if not path.exists():
-        raise FileNotFoundError(f"no search result at {path}: run the search step first")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    return read_json(path, f"no search result at {path}: run the search step first")

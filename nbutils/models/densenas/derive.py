@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...config import read_json, write_json_atomic
 from . import spaces
 from .ops import ALL_OPS, STEMS, make_op, make_stem
 from .supernet import AGGREGATIONS
@@ -142,12 +143,7 @@ def load_arch(arch) -> dict:
     if isinstance(arch, (str, Path)):
         path = Path(arch)
         where = str(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"model.arch: no architecture file at {path}")
-        try:
-            arch = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from err
+        arch = read_json(path, f"model.arch: no architecture file at {path}")
     if not isinstance(arch, dict):
         raise ValueError(f"{where}: expected an architecture dict or a path to one, got {type(arch).__name__}")
     if "format" not in arch and isinstance(arch.get("arch"), dict):
@@ -199,12 +195,7 @@ def validate_arch(arch: dict, where: str = "arch") -> None:
 
 def save_arch(arch: dict, path) -> Path:
     """Write the architecture JSON atomically; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(arch, indent=1))
-    tmp.replace(path)
-    return path
+    return write_json_atomic(path, arch, indent=1)
 
 
 # ------------------------------------------------------------------------------- derived network

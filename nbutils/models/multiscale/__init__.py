@@ -42,10 +42,10 @@ Model knobs (`model:` section, MODEL_KNOBS holds the defaults):
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
+from ...config import read_json, write_json_atomic
 from .. import register_model
 from .network import MixedLayer, MultiScaleNet, MultiScaleSupernet
 from .space import (OPS, STAGE_BRANCHES, Connection, branch_channels, check_arch, derive_arch, hrnet_like_arch,
@@ -112,12 +112,7 @@ def build_supernet(cfg: dict) -> MultiScaleSupernet:
 def save_arch(arch: dict, path) -> Path:
     """Write a derived architecture as JSON (atomically); returns the path."""
     check_arch(arch, str(path))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(arch, indent=2))
-    os.replace(temporary, path)
-    return path
+    return write_json_atomic(path, arch)
 
 
 def load_arch(arch_or_path) -> dict:
@@ -126,12 +121,7 @@ def load_arch(arch_or_path) -> dict:
     if isinstance(arch_or_path, dict):
         return check_arch(arch_or_path.get("arch", arch_or_path) if "nodes" not in arch_or_path else arch_or_path)
     path = Path(os.fspath(arch_or_path)).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"model.arch: architecture file not found: {path}")
-    try:
-        content = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    content = read_json(path, f"model.arch: architecture file not found: {path}")
     if isinstance(content, dict) and "nodes" not in content and isinstance(content.get("arch"), dict):
         content = content["arch"]
     return check_arch(content, str(path))
